@@ -1,0 +1,38 @@
+"""Shared fixtures: where the real test data lives."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+TESTDATA = Path(
+    os.environ.get("PI_CLASSIFIER_TESTDATA", REPO.parent / "shared" / "testdata")
+)
+
+
+@pytest.fixture(scope="session")
+def testdata() -> Path:
+    """The folder of real models, labels and photos (never copied here)."""
+    if not (TESTDATA / "models").is_dir():
+        pytest.fail(
+            f"test data folder {TESTDATA} is missing: the tests read the real "
+            "models and photos from ../shared/testdata beside this repository "
+            "(or set PI_CLASSIFIER_TESTDATA)",
+            pytrace=False,
+        )
+    return TESTDATA
+
+
+@pytest.fixture(scope="session")
+def models(testdata: Path) -> Path:
+    """The test-data models folder."""
+    return testdata / "models"
+
+
+@pytest.fixture(scope="session")
+def images(testdata: Path) -> Path:
+    """The test-data images folder."""
+    return testdata / "images"
