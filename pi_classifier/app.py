@@ -184,7 +184,7 @@ class LiveClassifier:
             if part is not None:
                 try:
                     part.close()
-                except Exception:  # noqa: BLE001 - keep closing the others
+                except Exception:
                     log.warning("closing %s failed", part.name, exc_info=True)
         self._source = self._display = None
 
@@ -293,28 +293,47 @@ class LiveClassifier:
 
     @staticmethod
     def _canvas(image: np.ndarray, bounds: tuple[int, int] | None) -> np.ndarray:
-        """A private copy of the frame at the size it will be shown."""
-        height, width = image.shape[:2]
+        """A private copy of the frame, letterboxed to the whole screen.
+
+        The overlay is then drawn on the screen's own pixels, anchored to
+        the screen's corner and sharp at its resolution, and the display
+        has nothing left to scale.
+        """
         if bounds is None:
             return image.copy()
+        height, width = image.shape[:2]
         size = fit_size(width, height, bounds)
-        if size == (width, height):
+        if size == (width, height) == bounds:
             return image.copy()
-        return cv2.resize(image, size, interpolation=cv2.INTER_LINEAR)
+        canvas = np.zeros((bounds[1], bounds[0], 3), np.uint8)
+        left, top = (bounds[0] - size[0]) // 2, (bounds[1] - size[1]) // 2
+        target = canvas[top : top + size[1], left : left + size[0]]
+        if size == (width, height):
+            target[...] = image
+        else:
+            target[...] = cv2.resize(image, size, interpolation=cv2.INTER_LINEAR)
+        return canvas
 
     def _publish_for_web(self, canvas: np.ndarray, content: OverlayContent) -> None:
-        """Offer the annotated frame to the web view, at its frame-rate cap."""
+        """Offer the annotated frame to the web view.
+
+        Publishing is O(1): the web view's own thread encodes at its frame
+        cap, and only while someone watches. Each canvas is a fresh array
+        the display loop never touches again, so it is handed over without
+        a copy. With the DRM display the camera picture never reaches the
+        CPU, so the small model-sized picture is annotated instead, and
+        only at the web view's frame cap while it has viewers.
+        """
         if self._web is None:
             return
-        now = time.monotonic()
-        if now - self._web_at < 1.0 / self.config.web.max_fps:
-            return
-        self._web_at = now
         if self._display.composites_overlay:
+            now = time.monotonic()
+            due = now - self._web_at >= 1 / self.config.web.max_fps
+            if not (self._web.viewers and due):
+                return
+            self._web_at = now
             canvas = canvas.copy()
             self._overlay.draw(canvas, content)
-        # Each canvas is a fresh array that the display loop never touches
-        # again, so the web view may keep it without a copy.
         self.state.publish_frame(canvas)
 
     def _after_shown(self, result: Result | None, content: OverlayContent) -> None:
@@ -327,8 +346,11 @@ class LiveClassifier:
             self.latencies.append((now - result.timestamp) * 1000)
         self._update_state(now, content)
         self._worker.check()
-        if result is not None and not self._ready:
+        if not self._ready:
+            if result is None:
+                return
             self._ready = True
+            self._status_at = now
             self.notifier.ready(self._status_text(content))
             log.info("ready: first labels on screen")
         if self._worker.alive:
@@ -341,8 +363,12 @@ class LiveClassifier:
         """Share the current figures through the state object."""
         worker = self._worker
         self.state.update(
-            labels=tuple(ShownLabel(i, name, round(score, 4)) for (name, score), (i, _)
-                         in zip(content.labels, self._shown_pairs())),
+            labels=tuple(
+                ShownLabel(index, name, round(score, 4))
+                for (name, score), (index, _) in zip(
+                    content.labels, self._shown_pairs(), strict=False
+                )
+            ),
             display_fps=round(content.display_fps, 2),
             inference_fps=round(content.inference_fps, 2),
             inference_ms=round(content.inference_ms, 2),

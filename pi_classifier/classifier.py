@@ -152,8 +152,10 @@ class Classifier:
         try:
             self._interpreter.invoke()
         except (RuntimeError, ValueError) as error:
-            reason = str(error).strip().splitlines()[0] if str(error).strip() else ""
-            raise ModelError(f"{self.model_path.name} failed to run: {reason}") from None
+            reason = (str(error).strip() or type(error).__name__).splitlines()[0]
+            raise ModelError(
+                f"{self.model_path.name} failed to run: {reason}"
+            ) from None
         invoked = time.perf_counter()
         raw = self._interpreter.get_tensor(self._output_index).reshape(-1)
         probabilities = to_probabilities(

@@ -6,12 +6,16 @@ import argparse
 import json
 import logging
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pi_classifier import __version__
 from pi_classifier.errors import ImageError, PiClassifierError
 from pi_classifier.logs import debug_enabled, setup_logging
+
+if TYPE_CHECKING:
+    from pi_classifier.progress import ProgressBar
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +55,8 @@ def _build_parser() -> argparse.ArgumentParser:
     models.set_defaults(handler=_cmd_models)
     fetch = commands.add_parser("fetch-model", help="download a known model")
     fetch.add_argument("name", help="model name (see 'pi-classifier models')")
+    fetch.add_argument("--dir", type=Path, help="folder to download into "
+                       "(default: the model folder)")
     fetch.set_defaults(handler=_cmd_fetch_model)
     config = commands.add_parser("config", help="check the configuration")
     config_commands = config.add_subparsers(dest="config_command", required=True)
@@ -116,7 +122,7 @@ def _load_config_with(args: argparse.Namespace) -> object:
     return config.replace(**overrides)
 
 
-def _progress(label: str) -> Callable[[int, int | None], None]:
+def _progress(label: str) -> ProgressBar:
     """A download progress bar on stderr."""
     from pi_classifier.progress import ProgressBar
 
@@ -128,8 +134,10 @@ def _classifier_from(config: object) -> object:
     from pi_classifier.classifier import Classifier
     from pi_classifier.models import resolve_labels, resolve_model
 
-    model = resolve_model(config.model, progress=_progress(config.model))
-    labels = resolve_labels(config.labels, model, progress=_progress("labels"))
+    with _progress(config.model) as bar:
+        model = resolve_model(config.model, progress=bar)
+    with _progress("labels") as bar:
+        labels = resolve_labels(config.labels, model, progress=bar)
     return Classifier(model, labels, runtime=config.runtime, threads=config.threads,
                       delegate=config.delegate, crop=config.crop,
                       aliases=config.aliases)
@@ -220,7 +228,7 @@ def _cmd_fetch_model(args: argparse.Namespace) -> int:
     """Download a known model (and its labels) with checksum checks."""
     from pi_classifier.models import fetch_known
 
-    for path in fetch_known(args.name, progress_for=_progress):
+    for path in fetch_known(args.name, args.dir, progress_for=_progress):
         print(path)
     return 0
 
@@ -269,7 +277,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         _error("interrupted")
         return EXIT_INTERRUPTED
-    except Exception as error:  # noqa: BLE001 - the last line of defence
+    except Exception as error:
         if debug_enabled():
             raise
         _error(f"unexpected {type(error).__name__}: {error} "

@@ -192,13 +192,15 @@ def _convert_sequence(
     if get_origin(hint) is tuple:
         if len(value) != 3:
             raise _fail(path, node, "must be three numbers: [red, green, blue]")
-        converted = [_convert_scalar(v, int, path, n) for v, n in zip(value, items)]
-        for item, item_node in zip(converted, items):
+        pairs = zip(value, items, strict=True)
+        converted = [_convert_scalar(v, int, path, n) for v, n in pairs]
+        for item, item_node in zip(converted, items, strict=True):
             _check_rules(item, rules, path, item_node)
         return tuple(converted)
-    converted = [_convert_scalar(v, str, path, n) for v, n in zip(value, items)]
+    pairs = zip(value, items, strict=True)
+    converted = [_convert_scalar(v, str, path, n) for v, n in pairs]
     allowed = rules.get("items")
-    for item, item_node in zip(converted, items):
+    for item, item_node in zip(converted, items, strict=True):
         if allowed and item not in allowed:
             raise _fail(path, item_node, f"{item!r} is not one of {', '.join(allowed)}")
     return converted
@@ -224,6 +226,8 @@ def _convert_field(
 ) -> Any:
     """Check one field's value against its type hint and rules."""
     origin = get_origin(hint)
+    if value is None and "null" in rules.get("choices", ()):
+        value = "null"  # "output: null" names the null display, not no value
     if origin is dict:
         return _convert_mapping(value, path, node)
     if origin in (list, tuple):

@@ -93,6 +93,11 @@ class Overlay:
             small_line=round(22 * small_scale * 1.7),
         )
 
+    def label_font(self, height: int) -> tuple[float, int]:
+        """The (scale, thickness) label names are drawn with at this height."""
+        layout = self._layout(height)
+        return layout.scale, layout.thickness
+
     def _figures(self, content: OverlayContent) -> str:
         """The line of live figures the config asks for."""
         show = self.config.show
@@ -108,14 +113,30 @@ class Overlay:
             parts.append(f"{content.temperature_c:.0f} C")
         return "  ".join(parts)
 
+    def _needed_width(self, layout: _Layout, content: OverlayContent) -> int:
+        """The panel width the longest label row needs."""
+        widest = 0
+        for name, _ in content.labels[: self.top_k]:
+            widest = max(widest, cv2.getTextSize(f"{name}  100%", FONT, layout.scale,
+                                                 layout.thickness)[0][0])
+        return widest + 2 * layout.pad
+
     def _panel_box(
-        self, width: int, height: int, layout: _Layout, figures: str
+        self, width: int, height: int, layout: _Layout, content: OverlayContent,
+        figures: str,
     ) -> tuple[int, int, int, int]:
-        """The panel rectangle (x0, y0, x1, y1) in its configured corner."""
+        """The panel rectangle (x0, y0, x1, y1) in its configured corner.
+
+        The panel has a steady width for usual names and grows only for a
+        long one, up to 90% of the picture width (beyond that names are
+        shortened with an ellipsis).
+        """
         rows = self.top_k if "labels" in self.config.show else 0
         panel_height = layout.pad * 2 + rows * layout.line
         panel_height += layout.small_line if figures else 0
-        panel_width = min(width, max(round(width * 0.42), round(height * 0.62)))
+        steady = max(round(width * 0.42), round(height * 0.62))
+        panel_width = min(round(width * 0.9),
+                          max(steady, self._needed_width(layout, content)))
         margin = round(height * 0.025)
         x0 = margin if "left" in self.config.position else width - margin - panel_width
         y0 = margin if "top" in self.config.position else height - margin - panel_height
@@ -127,7 +148,7 @@ class Overlay:
         height, width = image.shape[:2]
         layout = self._layout(height)
         figures = self._figures(content)
-        box = self._panel_box(width, height, layout, figures)
+        box = self._panel_box(width, height, layout, content, figures)
         x0, y0, x1, y1 = box
         region = image[y0:y1, x0:x1]
         tint = np.empty_like(region)
@@ -143,7 +164,7 @@ class Overlay:
         layer = np.zeros((height, width, 4), np.uint8)
         layout = self._layout(height)
         figures = self._figures(content)
-        box = self._panel_box(width, height, layout, figures)
+        box = self._panel_box(width, height, layout, content, figures)
         x0, y0, x1, y1 = box
         alpha = round(255 * self.config.panel_opacity)
         layer[y0:y1, x0:x1] = (*self.config.panel_color, alpha)

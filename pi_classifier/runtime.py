@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import importlib
 import importlib.metadata
 import logging
@@ -128,19 +129,30 @@ def _interpreter_class(runtime: Runtime) -> Any:
     return runtime.module.Interpreter
 
 
+def _delegate_error(reason: str) -> DelegateError:
+    """The one-sentence explanation of a delegate that cannot be loaded."""
+    return DelegateError(
+        f"the Coral Edge TPU delegate ({EDGETPU_LIBRARY}) cannot be loaded "
+        f"({reason}): install libedgetpu1-std and plug in the Edge TPU, or set "
+        "delegate: none"
+    )
+
+
 def _load_delegate(runtime: Runtime) -> Any:
     """Load the Coral Edge TPU delegate, or explain why it cannot be."""
+    try:
+        ctypes.CDLL(EDGETPU_LIBRARY)
+    except OSError:
+        # Checked first: the runtimes' Delegate objects raise from __del__
+        # when their library is missing, which would print a traceback.
+        raise _delegate_error("library not found") from None
     loader = getattr(runtime.module, "load_delegate", None)
     if loader is None:
         loader = runtime.module.experimental.load_delegate
     try:
         return loader(EDGETPU_LIBRARY)
     except (ValueError, OSError, RuntimeError) as error:
-        raise DelegateError(
-            f"the Coral Edge TPU delegate ({EDGETPU_LIBRARY}) cannot be loaded "
-            f"({str(error).strip() or 'library not found'}): install libedgetpu1-std "
-            "and plug in the Edge TPU, or set delegate: none"
-        ) from None
+        raise _delegate_error(str(error).strip() or "no Edge TPU found") from None
 
 
 def default_threads() -> int:

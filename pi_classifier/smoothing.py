@@ -14,8 +14,10 @@ class LabelSmoother:
 
     Scores are averaged with an exponential moving average; a class appears
     once its average reaches ``threshold_high`` and stays until its average
-    falls below ``threshold_low``. On a still scene the shown classes
-    therefore do not flicker even when single frames disagree.
+    falls below ``threshold_low``. The class shown first keeps its place
+    until another one beats it by the width of that band. On a still scene
+    the shown classes and their order therefore do not flicker, even when
+    single frames disagree.
 
     Args:
         alpha: Weight of the newest scores (1 = no smoothing).
@@ -30,6 +32,7 @@ class LabelSmoother:
         self.configure(alpha, threshold_high, threshold_low, top_k)
         self._average: np.ndarray | None = None
         self._shown: set[int] = set()
+        self._leader: int | None = None
 
     def configure(
         self, alpha: float, threshold_high: float, threshold_low: float, top_k: int
@@ -48,6 +51,7 @@ class LabelSmoother:
         """Forget the history, for example when the model changes."""
         self._average = None
         self._shown = set()
+        self._leader = None
 
     def update(self, probabilities: np.ndarray) -> list[tuple[int, float]]:
         """Add one frame's scores and return the classes to show.
@@ -64,6 +68,13 @@ class LabelSmoother:
         staying = {i for i in self._shown if average[i] >= self.threshold_low}
         arriving = np.flatnonzero(average >= self.threshold_high)
         shown = staying.union(int(i) for i in arriving)
-        ranked = sorted(shown, key=lambda i: (-average[i], i))[: self.top_k]
+        margin = self.threshold_high - self.threshold_low
+
+        def place(index: int) -> tuple[float, int]:
+            bonus = margin if index == self._leader else 0.0
+            return -(average[index] + bonus), index
+
+        ranked = sorted(shown, key=place)[: self.top_k]
         self._shown = set(ranked)
+        self._leader = ranked[0] if ranked else None
         return [(i, float(average[i])) for i in ranked]

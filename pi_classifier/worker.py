@@ -164,7 +164,7 @@ class InferenceWorker:
             try:
                 self._loop()
                 break
-            except Exception as error:  # noqa: BLE001 - logged, counted, restarted
+            except Exception as error:
                 if not self._record_failure(error):
                     break
                 log.warning("restarting the inference loop")
