@@ -105,11 +105,25 @@ class InputWriter:
 
     def _resize_to_rgb(self, image: np.ndarray, order: str) -> np.ndarray:
         """Resize to the model size and return an RGB picture."""
-        size = (self.width, self.height)
         if image.shape[1] != self.width or image.shape[0] != self.height:
-            shrinking = image.shape[1] > self.width
-            method = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
-            image = cv2.resize(image, size, dst=self._resized, interpolation=method)
+            image = self._resize(image)
         if order == "bgr":
             return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
         return image
+
+    def _resize(self, image: np.ndarray) -> np.ndarray:
+        """Shrink or enlarge to the model size, smoothly but cheaply.
+
+        Big reductions first average whole blocks of k x k pixels (OpenCV's
+        fast path for a whole-number factor, which also prevents aliasing),
+        then finish with a bilinear resize; a general area resize costs
+        about ten times more for the same picture.
+        """
+        factor = min(image.shape[1] // self.width, image.shape[0] // self.height)
+        if factor >= 2:
+            rows = image.shape[0] - image.shape[0] % factor
+            columns = image.shape[1] - image.shape[1] % factor
+            image = cv2.resize(image[:rows, :columns], (columns // factor,
+                               rows // factor), interpolation=cv2.INTER_AREA)
+        return cv2.resize(image, (self.width, self.height), dst=self._resized,
+                          interpolation=cv2.INTER_LINEAR)

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import importlib
 import importlib.metadata
 import logging
 import os
+import sys
+import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -195,6 +199,38 @@ def _explain_load_failure(path: Path, error: Exception) -> ModelError:
     return ModelError(f"{path.name} cannot be loaded: {first_line}")
 
 
+@contextlib.contextmanager
+def native_output_to_log() -> Iterator[None]:
+    """Route what the runtime's C++ code prints on stderr into the log.
+
+    LiteRT and tflite-runtime print lines such as "INFO: Created TensorFlow
+    Lite XNNPACK delegate for CPU." straight to file descriptor 2, which
+    would clutter the command line's output. While the block runs, those
+    lines go to a temporary file and are then logged at debug level; any
+    other text is passed on to stderr unchanged.
+    """
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as capture:
+        os.dup2(capture.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            capture.seek(0)
+            _relay(capture.read().decode(errors="replace"))
+
+
+def _relay(text: str) -> None:
+    """Log the runtime's informational lines; pass anything else to stderr."""
+    for line in text.splitlines():
+        if line.startswith("INFO: "):
+            log.debug("runtime says: %s", line[6:])
+        elif line.strip():
+            sys.stderr.write(line + "\n")
+
+
 def create_interpreter(
     runtime: Runtime,
     model_path: str | os.PathLike[str],
@@ -222,10 +258,12 @@ def create_interpreter(
     delegates = [_load_delegate(runtime)] if delegate == "edgetpu" else None
     threads = threads or default_threads()
     try:
-        interpreter = _interpreter_class(runtime)(
-            model_path=str(path), num_threads=threads, experimental_delegates=delegates
-        )
-        interpreter.allocate_tensors()
+        with native_output_to_log():
+            interpreter = _interpreter_class(runtime)(
+                model_path=str(path), num_threads=threads,
+                experimental_delegates=delegates,
+            )
+            interpreter.allocate_tensors()
     except (ValueError, RuntimeError) as error:
         raise _explain_load_failure(path, error) from None
     log.info("loaded %s with %d threads%s", path.name, threads,
