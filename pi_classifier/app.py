@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import dataclasses
 import logging
 import signal
@@ -23,12 +24,14 @@ from pi_classifier.displays.base import Display
 from pi_classifier.errors import ConfigError, PiClassifierError, SourceError
 from pi_classifier.frames import Frame
 from pi_classifier.labels import Namer
+from pi_classifier.logs import under_journal
 from pi_classifier.meters import RateMeter, TemperatureReader
 from pi_classifier.notify import Notifier
 from pi_classifier.overlay import Overlay, OverlayContent
 from pi_classifier.smoothing import LabelSmoother
 from pi_classifier.sources.base import FrameSource
 from pi_classifier.state import LiveState, ShownLabel
+from pi_classifier.terminal import keyboard_signals_off
 from pi_classifier.worker import InferenceWorker, Result
 
 log = logging.getLogger(__name__)
@@ -535,8 +538,10 @@ def run_from_args(args: argparse.Namespace) -> int:
     config = overrides(load_config(config_path))
     app = LiveClassifier(config, config_path, overrides)
     previous = _install_signals(app)
+    keyboard = keyboard_signals_off() if under_journal() else contextlib.nullcontext()
     try:
-        return app.run(args.duration)
+        with keyboard:
+            return app.run(args.duration)
     finally:
         for number, handler in previous.items():
             signal.signal(number, handler)
