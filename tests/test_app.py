@@ -266,3 +266,23 @@ def test_undecodable_video_is_a_clear_error(models, tmp_path):
     assert done.returncode == 74
     assert "talk.mp4" in done.stderr.splitlines()[-1]
     assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("source", "expected"),
+    [
+        ("v4l2:/dev/video97", "/dev/video97"),
+        ("images:{empty}", "empty"),
+    ],
+)
+def test_sources_that_cannot_open_are_clear_errors(models, tmp_path, source, expected):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    env = dict(os.environ, PI_CLASSIFIER_MODEL_DIR=str(models))
+    done = subprocess.run([sys.executable, "-m", "pi_classifier", "run", "--source",
+                           source.format(empty=empty), "--display", "null"], env=env,
+                          capture_output=True, text=True, timeout=60, check=False)
+    last = done.stderr.splitlines()[-1]
+    assert done.returncode == 74
+    assert last.startswith("pi-classifier: error: ") and expected in last
+    assert "Traceback" not in done.stderr
