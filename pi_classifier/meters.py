@@ -15,6 +15,10 @@ THERMAL_ZONE = Path("/sys/class/thermal/thermal_zone0/temp")
 class RateMeter:
     """Counts events per second over a sliding window.
 
+    The last two events are always kept, so a rate slower than one event per
+    window (a model taking seconds under emulation) still reads correctly,
+    and the rate falls towards zero while no events come.
+
     Args:
         window: The window in seconds.
     """
@@ -31,7 +35,7 @@ class RateMeter:
 
     def _trim(self, now: float) -> None:
         """Forget events older than the window."""
-        while self._times and now - self._times[0] > self.window:
+        while len(self._times) > 2 and now - self._times[0] > self.window:
             self._times.popleft()
 
     def rate(self, now: float | None = None) -> float:
@@ -40,7 +44,7 @@ class RateMeter:
         self._trim(now)
         if len(self._times) < 2:
             return 0.0
-        span = self._times[-1] - self._times[0]
+        span = max(self._times[-1] - self._times[0], now - self._times[-1])
         return (len(self._times) - 1) / span if span > 0 else 0.0
 
 
