@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from pi_classifier.errors import DelegateError, ModelError, RuntimeUnavailableError
+from pi_classifier.tflite_file import IDENTIFIER, find_damage
 
 log = logging.getLogger(__name__)
 
@@ -168,18 +169,26 @@ def default_threads() -> int:
 
 
 def _check_model_file(path: Path) -> None:
-    """Reject a missing, empty or obviously non-TFLite file before loading."""
+    """Reject a missing, empty, non-TFLite or damaged file before loading.
+
+    The runtime is never shown a damaged file: tflite-runtime crashes the
+    process on one instead of raising.
+    """
     try:
-        with path.open("rb") as file:
-            head = file.read(8)
+        data = path.read_bytes()
     except FileNotFoundError:
         raise ModelError(f"model file {path} does not exist") from None
+    except IsADirectoryError:
+        raise ModelError(f"model path {path} is a folder, not a file") from None
     except OSError as error:
         raise ModelError(f"cannot read model file {path}: {error.strerror}") from None
-    if not head:
+    if not data:
         raise ModelError(f"model file {path} is empty")
-    if len(head) < 8 or head[4:8] != b"TFL3":
+    if len(data) < 8 or data[4:8] != IDENTIFIER:
         raise ModelError(f"{path} is not a TFLite model (no TFL3 identifier)")
+    damage = find_damage(data)
+    if damage:
+        raise ModelError(f"{path} is damaged or truncated: {damage}")
 
 
 def _explain_load_failure(path: Path, error: Exception) -> ModelError:
