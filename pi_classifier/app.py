@@ -313,8 +313,10 @@ class LiveClassifier:
         target = canvas[top : top + size[1], left : left + size[0]]
         if size == (width, height):
             target[...] = image
-        else:
-            target[...] = cv2.resize(image, size, interpolation=cv2.INTER_LINEAR)
+            return canvas
+        resized = cv2.resize(image, size, dst=target, interpolation=cv2.INTER_LINEAR)
+        if resized is not target and not np.shares_memory(resized, target):
+            target[...] = resized
         return canvas
 
     def _publish_for_web(self, canvas: np.ndarray, content: OverlayContent) -> None:

@@ -77,6 +77,7 @@ class Overlay:
     def __init__(self, config: OverlayConfig, top_k: int = 3) -> None:
         self.config = config
         self.top_k = top_k
+        self._tint_block: np.ndarray | None = None
 
     def _layout(self, height: int) -> _Layout:
         """Work out text and panel sizes for a picture height."""
@@ -92,6 +93,13 @@ class Overlay:
             small_scale=small_scale,
             small_line=round(22 * small_scale * 1.7),
         )
+
+    def _tint(self, shape: tuple[int, ...]) -> np.ndarray:
+        """A block of the panel colour, kept while the panel size stays."""
+        if self._tint_block is None or self._tint_block.shape != shape:
+            self._tint_block = np.empty(shape, np.uint8)
+            self._tint_block[:] = _bgr(self.config.panel_color)
+        return self._tint_block
 
     def label_font(self, height: int) -> tuple[float, int]:
         """The (scale, thickness) label names are drawn with at this height."""
@@ -151,8 +159,7 @@ class Overlay:
         box = self._panel_box(width, height, layout, content, figures)
         x0, y0, x1, y1 = box
         region = image[y0:y1, x0:x1]
-        tint = np.empty_like(region)
-        tint[:] = _bgr(self.config.panel_color)
+        tint = self._tint(region.shape)
         cv2.addWeighted(tint, self.config.panel_opacity, region,
                         1 - self.config.panel_opacity, 0, dst=region)
         colours = (_bgr(self.config.text_color), _bgr(self.config.bar_color))
