@@ -1,0 +1,1 @@
+"""The QEMU virtual-machine system test of the installed appliance."""
