@@ -18,7 +18,7 @@ KDGETMODE = 0x4B3B
 KD_TEXT = 0
 KD_GRAPHICS = 1
 
-DEFAULT_TTY = Path("/dev/tty0")
+DEFAULT_TTY = Path("/dev/tty")
 CURSOR_BLINK = Path("/sys/class/graphics/fbcon/cursor_blink")
 HIDE_CURSOR = b"\033[?25l"
 SHOW_CURSOR = b"\033[?25h"

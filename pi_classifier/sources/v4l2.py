@@ -246,7 +246,7 @@ class _Reader(threading.Thread):
             fourcc_text(original),
         )
         if original:
-            capture.set(cv2.CAP_PROP_FOURCC, original)
+            capture.set(cv2.CAP_PROP_FOURCC, cv2.VideoWriter.fourcc(*"YUYV"))
 
     def _read_loop(self, capture: Any) -> None:
         """Read frames as the camera delivers them, keeping only the newest."""

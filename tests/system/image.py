@@ -435,6 +435,7 @@ def ensure_image(report: Report) -> Image:
         raise ImageError(reason)
     cache_dir().mkdir(parents=True, exist_ok=True)
     with _locked(cache_dir() / "build.lock", BUILD_LOCK_SECONDS):
+        _remove_unfinished()
         base = ensure_base(report)
         wheels = dependency_wheels(guest_numpy(base), report)
         stage = Path(tempfile.mkdtemp(prefix="stage-", dir=cache_dir()))
@@ -537,6 +538,13 @@ def _make_disk(root: Path, disk: Path) -> None:
     """Make an ext4 disk image holding the root folder."""
     _run(["mkfs.ext4", "-q", "-F", "-L", "root", "-d", str(root), str(disk),
           DISK_SIZE], "mkfs.ext4", 600)
+
+
+def _remove_unfinished() -> None:
+    """Remove what builds that were killed left behind (call under the lock)."""
+    for folder in cache_dir().iterdir():
+        if folder.is_dir() and not (folder / "complete").exists():
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def _evict(prefix: str, keep: int, current: Path) -> None:

@@ -105,16 +105,39 @@ def bars_seen(reference: np.ndarray) -> tuple[str, ...]:
 
 
 def bounding_box(mask: np.ndarray) -> tuple[int, int, int, int] | None:
-    """(left, top, right, bottom) of the mask's main area, or None if empty.
-
-    Rows and columns holding only a few marked pixels (a stray dot) are left
-    out, so the box is that of the panel.
-    """
-    rows = np.flatnonzero(mask.sum(axis=1) >= 3)
-    columns = np.flatnonzero(mask.sum(axis=0) >= 3)
-    if rows.size == 0 or columns.size == 0:
+    """(left, top, right, bottom) around all marked pixels, or None if none."""
+    rows = np.flatnonzero(mask.any(axis=1))
+    columns = np.flatnonzero(mask.any(axis=0))
+    if rows.size == 0:
         return None
     return int(columns[0]), int(rows[0]), int(columns[-1]) + 1, int(rows[-1]) + 1
+
+
+def panel_box(mask: np.ndarray) -> tuple[int, int, int, int] | None:
+    """(left, top, right, bottom) of the overlay panel, or None.
+
+    Marked pixels a few apart are joined into areas first. The panel is the
+    largest area together with any area wholly within its rows (its text
+    where it runs past the dark rectangle); text elsewhere, such as console
+    lines above or below it, is left outside the box.
+    """
+    joined = cv2.dilate(mask.astype(np.uint8), np.ones((7, 7), np.uint8))
+    count, _, stats, _ = cv2.connectedComponentsWithStats(joined, connectivity=8)
+    if count < 2:
+        return None
+    largest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+    top = stats[largest, cv2.CC_STAT_TOP]
+    bottom = top + stats[largest, cv2.CC_STAT_HEIGHT]
+    inside_rows = (stats[:, cv2.CC_STAT_TOP] >= top) & (
+        stats[:, cv2.CC_STAT_TOP] + stats[:, cv2.CC_STAT_HEIGHT] <= bottom)
+    left = stats[1:, cv2.CC_STAT_LEFT][inside_rows[1:]].min()
+    right = (stats[1:, cv2.CC_STAT_LEFT] + stats[1:, cv2.CC_STAT_WIDTH])[
+        inside_rows[1:]].max()
+    box = bounding_box(mask[top:bottom, left:right])
+    if box is None:
+        return None
+    return (int(left) + box[0], int(top) + box[1], int(left) + box[2],
+            int(top) + box[3])
 
 
 def analyse(path: Path) -> ScreenReport:
@@ -122,7 +145,7 @@ def analyse(path: Path) -> ScreenReport:
     rgb = load_rgb(path)
     reference = column_colours(rgb)
     mask = drawn_mask(rgb, reference)
-    box = bounding_box(mask)
+    box = panel_box(mask)
     height, width = mask.shape
     if box is None:
         return ScreenReport((width, height), bars_seen(reference), None, 0.0,

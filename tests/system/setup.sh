@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# Install what the QEMU system test needs on a Debian host: QEMU, debootstrap
-# and the Debian kernel that the virtual machine boots.
+# Install what the QEMU system test needs on a Debian host: QEMU and
+# debootstrap. The machine boots the Debian kernel installed inside its own
+# image, so the host needs none.
 set -euo pipefail
 
-PACKAGES=(qemu-system-x86 qemu-utils debootstrap linux-image-amd64 e2fsprogs
-    python3-venv)
+PACKAGES=(qemu-system-x86 qemu-utils debootstrap e2fsprogs)
 
 fail() {
     echo "setup.sh: error: $*" >&2

@@ -12,6 +12,7 @@ Run: ``tests/system/setup.sh`` once (as root), then
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -54,11 +55,24 @@ SERVICE_PROPERTIES = (
 
 T = TypeVar("T")
 _START = time.monotonic()
+_shown: list[Callable[[], contextlib.AbstractContextManager[None]]] = []
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _show_steps(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Let step() print past pytest's output capture, so CI logs show times."""
+    capture = request.config.pluginmanager.getplugin("capturemanager")
+    if capture is not None:
+        _shown.append(capture.global_and_fixture_disabled)
+    yield
+    _shown.clear()
 
 
 def step(message: str) -> None:
-    """Print one timed progress line (pytest -s shows them as they happen)."""
-    print(f"[vm {time.monotonic() - _START:7.1f} s] {message}", flush=True)
+    """Print one timed progress line as it happens."""
+    shown = _shown[0]() if _shown else contextlib.nullcontext()
+    with shown:
+        print(f"[vm {time.monotonic() - _START:7.1f} s] {message}", flush=True)
 
 
 def unavailable(reason: str) -> None:
@@ -201,8 +215,11 @@ EOF""")
 
 
 def test_service_ready_within_30_seconds_of_boot(vm: VirtualMachine) -> None:
-    status = wait_for("the unit active",
-                      status_where(vm, lambda s: s["ActiveState"] == "active"), 90)
+    try:
+        status = wait_for("the unit active",
+                          status_where(vm, lambda s: s["ActiveState"] == "active"), 90)
+    except AssertionError as error:
+        raise AssertionError(f"{error}; its journal:\n{journal(vm)}") from None
     ready_s = int(status["ActiveEnterTimestampMonotonic"]) / 1e6
     step(f"READY {ready_s:.1f} s after boot; status: {status}")
     assert status["LoadState"] == "loaded"

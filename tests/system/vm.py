@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -51,16 +52,19 @@ def _cmd_boot(args: argparse.Namespace) -> int:
     """Boot a machine and keep it running for a while."""
     image = ensure_image(report)
     run_dir = Path(tempfile.mkdtemp(prefix="pi-classifier-vm-"))
-    with VirtualMachine(image, run_dir, kvm=kvm_requested()) as machine:
-        report(f"booted in {machine.wait_booted(180):.1f} s; run folder {run_dir}")
-        machine.detach()
-        report(f"try: python -m tests.system.vm exec {run_dir} systemctl status "
-               "pi-classifier")
-        report(f"kept running for {args.minutes} minutes (Ctrl-C stops it)")
-        try:
-            time.sleep(args.minutes * 60)
-        except KeyboardInterrupt:
-            report("stopping")
+    try:
+        with VirtualMachine(image, run_dir, kvm=kvm_requested()) as machine:
+            report(f"booted in {machine.wait_booted(180):.1f} s; run folder {run_dir}")
+            machine.detach()
+            report(f"try: python -m tests.system.vm exec {run_dir} systemctl status "
+                   "pi-classifier")
+            report(f"kept running for {args.minutes} minutes (Ctrl-C stops it)")
+            try:
+                time.sleep(args.minutes * 60)
+            except KeyboardInterrupt:
+                report("stopping")
+    finally:
+        shutil.rmtree(run_dir, ignore_errors=True)
     return 0
 
 
