@@ -13,6 +13,7 @@ import logging
 import math
 import re
 import socket
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -29,6 +30,10 @@ from pi_classifier.errors import ConfigError, PiClassifierError
 from pi_classifier.state import LiveState, Status
 
 log = logging.getLogger(__name__)
+
+#: Linux's IP_FREEBIND (Python names it only from 3.12): bind to an address
+#: this machine does not have yet.
+IP_FREEBIND = getattr(socket, "IP_FREEBIND", 15)
 
 FIRST_COMPLETED = asyncio.FIRST_COMPLETED
 BOUNDARY = "pi-classifier-frame"
@@ -523,13 +528,41 @@ def _bind(listen: str, port: int) -> socket.socket:
             listen, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
         )
         family, _, _, _, address = info[0]
-        return socket.create_server(address[:2], family=family, backlog=128)
+        return _listen_on(family, address[:2], listen)
     except socket.gaierror as error:
         raise ConfigError(
             f"web.listen {listen!r} is not a known address ({error.strerror})"
         ) from None
     except OSError as error:
         raise ConfigError(_bind_failure(listen, port, error)) from None
+
+
+def _listen_on(family: int, address: tuple[Any, ...], listen: str) -> socket.socket:
+    """Listen on ``address``, also before the network has given it to us.
+
+    At boot the service may start before DHCP has assigned the configured
+    address. Instead of failing then, the socket is bound with IP_FREEBIND
+    and answers as soon as the address arrives.
+    """
+    try:
+        return socket.create_server(address, family=family, backlog=128)
+    except OSError as error:
+        if error.errno != errno.EADDRNOTAVAIL or not sys.platform.startswith("linux"):
+            raise
+    log.warning(
+        "web.listen %s is not an address of this machine (yet); the web view "
+        "answers once the network assigns it", listen,
+    )
+    server = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        server.setsockopt(socket.SOL_IP, IP_FREEBIND, 1)
+        server.bind(address)
+        server.listen(128)
+    except OSError:
+        server.close()
+        raise
+    return server
 
 
 def _bind_failure(listen: str, port: int, error: OSError) -> str:
