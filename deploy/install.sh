@@ -27,6 +27,8 @@ readonly CMDLINE=${PI_CLASSIFIER_CMDLINE:-/boot/firmware/cmdline.txt}
 readonly KIOSK_CMDLINE_ARGS=(consoleblank=0 vt.global_cursor_default=0)
 readonly KIOSK_MASKED_UNITS=(getty@tty1.service autovt@tty1.service)
 readonly SERVICE_GROUPS=(video render)
+readonly DROP_IN_DIR=$UNIT_DIR/$SERVICE.d
+readonly WEB_LAN_DROP_IN=web-lan.conf
 
 SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 readonly SCRIPT_DIR
@@ -38,6 +40,7 @@ runtime=litert
 model_file=""
 labels_file=""
 start=yes
+web_lan=no
 action=install
 purge=no
 temporary_dirs=()
@@ -53,6 +56,9 @@ Install pi-classifier as a systemd service, or run again to update it.
   --model FILE        install this model file instead of downloading it
   --labels FILE       install this label file instead of downloading it
   --no-start          enable the service but do not start it (image builds)
+  --web-lan           let the web view be reached from private networks:
+                      installs the drop-in $WEB_LAN_DROP_IN (the config must
+                      also set web.enabled, web.listen and web.token)
   --uninstall         remove the service, venv, user and kiosk settings;
                       keeps $CONFIG_DIR and the models
   --purge             with --uninstall: remove $CONFIG_DIR and
@@ -92,6 +98,7 @@ parse_args() {
             --model) model_file=$(needs_value "$@"); shift ;;
             --labels) labels_file=$(needs_value "$@"); shift ;;
             --no-start) start=no ;;
+            --web-lan) web_lan=yes ;;
             --uninstall) action=uninstall ;;
             --purge) purge=yes ;;
             -h|--help) usage; exit 0 ;;
@@ -111,6 +118,9 @@ check_args() {
         litert|tflite-runtime) ;;
         *) fail "--runtime must be litert or tflite-runtime, not '$runtime'" ;;
     esac
+    if [[ $web_lan == yes && $action == uninstall ]]; then
+        fail "--web-lan does not go with --uninstall"
+    fi
     if [[ $purge == yes && $action != uninstall ]]; then
         fail "--purge only goes with --uninstall"
     fi
@@ -508,10 +518,23 @@ install_service() {
         install -m 0644 "$SOURCE_DIR/README.md" "$PREFIX/README.md"
     fi
     install -m 0644 "$unit" "$UNIT_DIR/$SERVICE"
+    install_web_lan
     if systemd_running; then
         systemctl daemon-reload
     fi
     systemctl enable --quiet "$KIOSK_SERVICE" "$SERVICE"
+}
+
+# Without --web-lan an installed drop-in stays: running the script again
+# keeps what an earlier run was asked for.
+install_web_lan() {
+    local drop_in=$SOURCE_DIR/systemd/examples/$WEB_LAN_DROP_IN
+    [[ $web_lan == yes ]] || return 0
+    [[ -f $drop_in ]] || fail "the drop-in $drop_in is missing"
+    install -d -m 0755 "$DROP_IN_DIR"
+    install -m 0644 "$drop_in" "$DROP_IN_DIR/$WEB_LAN_DROP_IN"
+    say "the web view may be reached from private networks" \
+        "($DROP_IN_DIR/$WEB_LAN_DROP_IN)"
 }
 
 start_service() {
@@ -557,6 +580,9 @@ remove_units() {
             rm -f "$UNIT_DIR/$unit"
         fi
     done
+    # Drop-ins someone else wrote there stay, with their folder.
+    rm -f "$DROP_IN_DIR/$WEB_LAN_DROP_IN"
+    rmdir "$DROP_IN_DIR" 2>/dev/null || true
     unmask_gettys
     remove_cmdline_args
     if systemd_running; then

@@ -41,7 +41,7 @@ def test_help_lists_every_option() -> None:
     done = run("--help")
     assert done.returncode == 0
     for option in ("--wheels", "--runtime", "--model", "--labels", "--no-start",
-                   "--uninstall", "--purge"):
+                   "--web-lan", "--uninstall", "--purge"):
         assert option in done.stdout
 
 
@@ -50,6 +50,7 @@ def test_help_lists_every_option() -> None:
     (("--runtime", "tensorflow"), "--runtime must be litert or tflite-runtime"),
     (("--model",), "--model needs a value"),
     (("--purge",), "--purge only goes with --uninstall"),
+    (("--uninstall", "--web-lan"), "--web-lan does not go with --uninstall"),
     (("--wheels", "/nonexistent"), "not a folder of wheels"),
     (("--model", "/nonexistent.tflite"), "/nonexistent.tflite is not a file"),
 ])
