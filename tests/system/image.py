@@ -100,6 +100,18 @@ MASKED_UNITS = (
     "e2scrub_all.timer", "e2scrub_reap.service", "fstrim.timer",
     "getty-static.service",
 )
+#: The web view as a presenter opens it to the room: on all addresses, with a
+#: token. QEMU forwards a port on the host's loopback to the guest's port.
+GUEST_WEB_PORT = 8080
+VM_WEB_TOKEN = "vm-test-token-5f0c2a9e"
+#: The guest's one network card: QEMU's user network with ``restrict=on``, so
+#: nothing inside reaches out, and only the forwarded port reaches in. The
+#: address is static (QEMU's default guest address), so no DHCP waits.
+GUEST_NETWORK_FILE = "etc/systemd/network/50-vm.network"
+GUEST_NETWORK = (
+    "[Match]\nName=en* eth*\n[Network]\nAddress=10.0.2.15/24\n"
+    "LinkLocalAddressing=no\nIPv6AcceptRA=no\n"
+)
 #: What the installed appliance is told in /etc/pi-classifier/config.yaml,
 #: on top of the shipped default, as a person setting it up would write it.
 VM_CONFIG = {
@@ -113,6 +125,8 @@ VM_CONFIG = {
     # down (about 1.2 s instead of 0.85 s for MobileNet v2) and starves the
     # display loop.
     "threads": 1,
+    "web": {"enabled": True, "listen": "0.0.0.0", "port": GUEST_WEB_PORT,
+            "token": VM_WEB_TOKEN},
 }
 #: The fallback default config while the repository has none.
 TINY_CONFIG = "model: mobilenet_v2_1.0_224_quant\naliases: {}\n"
@@ -486,14 +500,25 @@ def _install_in_chroot(root: Path, stage: Path) -> None:
     """Run deploy/install.sh in the chroot from the staged wheels and model."""
     inside = root / GUEST_STAGE.lstrip("/")
     shutil.copytree(stage, inside)
+    _add_network(root)
     _chroot(root, f"{STATE_COMMAND} > {PRE_INSTALL_STATE}",
             "recording the state before install.sh", 120)
-    output = _chroot(root, install_command("--no-start"),
+    output = _chroot(root, install_command("--no-start", "--web-lan"),
                      "deploy/install.sh in the chroot")
     (root.parent / "install.log").write_text(output)
     _write_vm_config(root / "etc" / "pi-classifier" / "config.yaml")
     shutil.rmtree(inside)
     inside.mkdir()
+
+
+def _add_network(root: Path) -> None:
+    """Give the guest its static address on QEMU's user network."""
+    path = root / GUEST_NETWORK_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(GUEST_NETWORK)
+    _chroot(root, "systemctl enable systemd-networkd.service && "
+            "systemctl mask systemd-networkd-wait-online.service",
+            "enabling systemd-networkd", 120)
 
 
 def install_command(*options: str, models: str | None = f"{GUEST_STAGE}/models"

@@ -6,12 +6,13 @@ import ctypes
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import time
 from pathlib import Path
 from types import TracebackType
 
-from .image import GUEST_STAGE, Image, hold_shared
+from .image import GUEST_STAGE, GUEST_WEB_PORT, Image, hold_shared
 from .qmp import Completed, GuestAgent, QmpClient, VmError
 
 #: The Raspberry Pi 7-inch touch screen's size.
@@ -34,6 +35,13 @@ def _die_with_parent() -> None:
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
+def free_port() -> int:
+    """A TCP port on the host's loopback that nothing listens on now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 def kvm_requested() -> bool:
     """Whether the user asked for KVM (off by default: it may not work here)."""
     return os.environ.get(KVM_ENV, "") not in ("", "0", "no", "false")
@@ -45,7 +53,10 @@ class VirtualMachine:
     Each machine writes to its own copy-on-write overlay in ``run_dir``, so
     the cached image is never changed and a reboot keeps what the run did.
     The 9p share ``stage`` carries the installer, wheels and model into the
-    guest at :data:`GUEST_STAGE`.
+    guest at :data:`GUEST_STAGE`. The guest's one network card is QEMU's
+    user network with ``restrict=on``: the guest reaches nothing outside,
+    and ``web_url`` (a port on the host's loopback) is forwarded to the web
+    view's port in the guest.
 
     QEMU runs with ``-no-reboot``: when the guest reboots, QEMU exits after
     the guest's own clean shutdown and :meth:`reboot` starts a new QEMU on
@@ -70,6 +81,7 @@ class VirtualMachine:
         self.kvm = kvm
         self.serial_log = run_dir / "serial.log"
         self.started_at = 0.0
+        self.web_port = 0
         self._process: subprocess.Popen[bytes] | None = None
         self._qmp: QmpClient | None = None
         self._agent: GuestAgent | None = None
@@ -91,6 +103,7 @@ class VirtualMachine:
                         "-b", str(self.image.disk), str(self.overlay)],
                        check=True, timeout=60)
         self.serial_log.unlink(missing_ok=True)
+        self.web_port = free_port()
         self._launch()
 
     def _launch(self) -> None:
@@ -106,6 +119,11 @@ class VirtualMachine:
             )
         self._qmp = QmpClient(self.run_dir / "qmp.sock")
         self._agent = GuestAgent(self.run_dir / "qga.sock")
+
+    @property
+    def web_url(self) -> str:
+        """The guest's web view as the host reaches it (no trailing slash)."""
+        return f"http://127.0.0.1:{self.web_port}"
 
     def command(self, overlay: Path) -> list[str]:
         """The QEMU command line."""
@@ -131,6 +149,9 @@ class VirtualMachine:
             "-device", "virtserialport,chardev=agent,name=org.qemu.guest_agent.0",
             "-virtfs", f"local,path={self.image.stage},mount_tag=stage,"
                        "security_model=none,readonly=on",
+            "-netdev", f"user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:"
+                       f"{self.web_port}-:{GUEST_WEB_PORT}",
+            "-device", "virtio-net-pci,netdev=net0",
         ]
 
     def wait_booted(self, timeout: float = 120.0) -> float:

@@ -13,11 +13,14 @@ Run: ``tests/system/setup.sh`` once (as root), then
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import shutil
 import tempfile
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
@@ -26,10 +29,12 @@ import pytest
 
 from .image import (
     GUEST_STAGE,
+    GUEST_WEB_PORT,
     MODEL_FILES,
     PRE_INSTALL_STATE,
     REPO,
     STATE_COMMAND,
+    VM_WEB_TOKEN,
     ImageError,
     ensure_image,
     install_command,
@@ -198,6 +203,34 @@ def assert_screen_shows_labels(path: Path) -> None:
     assert not report.problems(), f"{path}: {'; '.join(report.problems())}"
 
 
+#: Requests to the forwarded port go straight to it, whatever proxy the
+#: environment names.
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def http_get(url: str, token: str | None = None, timeout: float = 5.0
+             ) -> tuple[int, bytes]:
+    """GET ``url`` from the host; return the status and body (0 if unreachable)."""
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    try:
+        with _DIRECT.open(urllib.request.Request(url, headers=headers),
+                          timeout=timeout) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read()
+    except OSError:
+        # Refused, reset or timed out: QEMU closes the host's connection when
+        # the guest does not answer on the forwarded port.
+        return 0, b""
+
+
+def web_labels(vm: VirtualMachine) -> list[str]:
+    """The label names in the guest's /status.json, read from the host."""
+    code, body = http_get(f"{vm.web_url}/status.json", VM_WEB_TOKEN)
+    assert code == 200, f"/status.json with the token: {code} {body[:200]!r}"
+    return [label["label"] for label in json.loads(body)["labels"]]
+
+
 def set_alias(vm: VirtualMachine, label: str, name: str) -> None:
     """Edit the config as an administrator would: alias one label."""
     vm.sh(f"""python3 - <<'EOF'
@@ -234,6 +267,48 @@ def test_screen_shows_labels_over_the_camera(vm: VirtualMachine) -> None:
     step(f"top label: {top_label(status)!r}")
     path = wait_for("labels on the screen", screen_with_labels(vm, "labels.png"), 15)
     assert_screen_shows_labels(path)
+
+
+def test_web_view_answers_the_host(vm: VirtualMachine) -> None:
+    wait_for("a label in STATUS=", running_with_label(vm), 30)
+    allowed = vm.sh(f"systemctl show -p IPAddressAllow --value {UNIT}").split()
+    step(f"IPAddressAllow={' '.join(allowed)}; web view at {vm.web_url}")
+    assert "10.0.0.0/8" in allowed, "install.sh --web-lan left no drop-in"
+    wait_for("/healthz answering 200", lambda: http_get(
+        f"{vm.web_url}/healthz")[0] == 200, 20)
+    assert http_get(f"{vm.web_url}/status.json")[0] == 401
+    assert http_get(f"{vm.web_url}/status.json", "wrong-token")[0] == 401
+    code, body = http_get(f"{vm.web_url}/status.json?token={VM_WEB_TOKEN}")
+    assert code == 200
+    document = json.loads(body)
+    shown = [(label["label"], label["score"]) for label in document["labels"]]
+    step(f"/status.json: healthy={document['healthy']}, "
+         f"{document['display_fps']:.1f} fps, labels {shown}")
+    assert document["healthy"] is True
+    assert document["model"]
+    wait_for("the same top label in STATUS= and /status.json",
+             lambda: top_label(service(vm)) in web_labels(vm)[:1], 15)
+
+
+def test_web_view_is_walled_off_without_the_drop_in(vm: VirtualMachine) -> None:
+    # The same address rules as without web-lan.conf, applied to the running
+    # unit: loopback only. The host's requests then never reach the daemon.
+    vm.sh(f"systemctl set-property --runtime {UNIT} IPAddressAllow= "
+          "IPAddressAllow=localhost")
+    try:
+        code, _ = http_get(f"{vm.web_url}/healthz", timeout=5)
+        inside = f"http://127.0.0.1:{GUEST_WEB_PORT}/healthz"
+        local = vm.sh("python3 -c \"import urllib.request as u; "
+                      f"print(u.urlopen('{inside}', timeout=10).status)\"")
+    finally:
+        vm.sh(f"rm -rf /run/systemd/system.control/{UNIT}.d && "
+              "systemctl daemon-reload")
+    step(f"without the drop-in: host got {code or 'no answer'}, the guest itself "
+         f"{local.strip()}")
+    assert code == 0
+    assert local.strip() == "200"
+    wait_for("/healthz answering the host again", lambda: http_get(
+        f"{vm.web_url}/healthz")[0] == 200, 20)
 
 
 def test_kiosk_console_has_no_login_blanking_or_cursor(vm: VirtualMachine) -> None:
@@ -303,7 +378,13 @@ def test_watchdog_restarts_a_stopped_daemon(vm: VirtualMachine) -> None:
 
 def test_install_again_changes_nothing_and_needs_no_network(
         vm: VirtualMachine) -> None:
-    assert vm.sh("ls /sys/class/net").split() == ["lo"], "the guest has a network"
+    # The guest's only network is QEMU's restricted one: no route out, and
+    # not even the host's side of it answers.
+    routes = vm.sh("cat /proc/net/route").splitlines()[1:]
+    assert not [line for line in routes if line.split()[1] == "00000000"]
+    reach = vm.run("python3 -c \"import socket; "
+                   "socket.create_connection(('10.0.2.2', 80), 3)\"")
+    assert reach.returncode != 0, "the guest reached the host's network"
     vm.mount_stage()
     config_before = vm.sh(f"sha256sum {CONFIG}")
     state_before = vm.sh(STATE_COMMAND)
@@ -355,6 +436,8 @@ def test_reboot_brings_the_classifier_back(vm: VirtualMachine) -> None:
     path = wait_for("labels on the screen", screen_with_labels(vm, "after-reboot.png"),
                     15)
     assert_screen_shows_labels(path)
+    wait_for("/healthz answering the host", lambda: http_get(
+        f"{vm.web_url}/healthz")[0] == 200, 15)
 
 
 def test_a_damaged_model_file_is_refused(vm: VirtualMachine) -> None:

@@ -54,7 +54,8 @@ def _cmd_boot(args: argparse.Namespace) -> int:
     run_dir = Path(tempfile.mkdtemp(prefix="pi-classifier-vm-"))
     try:
         with VirtualMachine(image, run_dir, kvm=kvm_requested()) as machine:
-            report(f"booted in {machine.wait_booted(180):.1f} s; run folder {run_dir}")
+            report(f"booted in {machine.wait_booted(180):.1f} s; run folder {run_dir}; "
+                   f"web view at {machine.web_url}")
             machine.detach()
             report(f"try: python -m tests.system.vm exec {run_dir} systemctl status "
                    "pi-classifier")
