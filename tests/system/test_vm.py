@@ -347,6 +347,32 @@ def test_reload_shows_a_new_alias_without_restarting(vm: VirtualMachine) -> None
     assert box[2] <= panel[2] + 2 and box[3] <= panel[3] + 2
 
 
+def test_a_bad_config_on_reload_is_logged_and_the_old_one_kept(
+        vm: VirtualMachine) -> None:
+    pid = wait_for("a label in STATUS=", running_with_label(vm), 30)["MainPID"]
+    vm.sh(f"cp {CONFIG} /root/config.good && sed -i 's/^threads: .*/threads: "
+          f"many/' {CONFIG}")
+    try:
+        check = vm.run(f"/opt/pi-classifier/venv/bin/pi-classifier config check "
+                       f"{CONFIG}")
+        vm.sh(f"systemctl reload {UNIT}")
+        errors = wait_for("the rejection in the journal at priority err", lambda: vm.sh(
+            f"journalctl --no-pager -b -u {UNIT} -p err -o cat --since=-30s"
+        ).strip(), 20)
+    finally:
+        vm.sh(f"cp /root/config.good {CONFIG}")
+    step(f"config check: exit {check.returncode}: {check.stderr.strip()}; "
+         f"journal: {errors.splitlines()[-1]}")
+    assert check.returncode == 78
+    assert "threads" in check.stderr
+    assert "new configuration rejected, keeping the old one" in errors
+    assert "threads" in errors.splitlines()[-1]
+    status = wait_for("the old settings still in use",
+                      status_where(vm, lambda s: top_label(s) == NEW_NAME), 10)
+    assert status["MainPID"] == pid
+    assert status["ActiveState"] == "active"
+
+
 def test_kill_9_brings_labels_back_within_15_seconds(vm: VirtualMachine) -> None:
     pid = wait_for("a label in STATUS=", running_with_label(vm), 30)["MainPID"]
     vm.sh(f"kill -9 {pid}")
