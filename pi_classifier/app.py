@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
-import dataclasses
 import logging
 import signal
 import threading
@@ -19,7 +18,7 @@ import cv2
 import numpy as np
 
 from pi_classifier.classifier import Classifier
-from pi_classifier.config import Config, load_config
+from pi_classifier.config import COMMAND_LINE, Config, load_config, with_changes
 from pi_classifier.displays.base import Display
 from pi_classifier.errors import ConfigError, PiClassifierError, SourceError
 from pi_classifier.frames import Frame
@@ -494,22 +493,22 @@ def _web_overrides(spec: str) -> dict[str, Any]:
 
 
 def overrides_from_args(args: argparse.Namespace) -> Overrides:
-    """Command-line flags as a function applied to every config read."""
-    camera = _source_overrides(args.source) if args.source else {}
-    web = _web_overrides(args.web) if args.web else {}
-    top: dict[str, Any] = {key: getattr(args, key) for key in ("model", "labels")
-                           if getattr(args, key) is not None}
+    """Command-line flags as a function applied to every config read.
+
+    The flags are checked by the config file's rules each time they are
+    applied, so the file and the flags together must make a valid config.
+    """
+    changes: dict[str, Any] = {key: getattr(args, key) for key in ("model", "labels")
+                               if getattr(args, key) is not None}
+    if args.source:
+        changes["camera"] = _source_overrides(args.source)
+    if args.display:
+        changes["display"] = {"output": args.display}
+    if args.web:
+        changes["web"] = _web_overrides(args.web)
 
     def apply(config: Config) -> Config:
-        changed = dataclasses.replace(
-            config,
-            camera=dataclasses.replace(config.camera, **camera),
-            display=(dataclasses.replace(config.display, output=args.display)
-                     if args.display else config.display),
-            web=dataclasses.replace(config.web, **web),
-            **top,
-        )
-        return changed
+        return with_changes(config, changes, COMMAND_LINE)
 
     return apply
 

@@ -108,18 +108,15 @@ def _add_run(commands: argparse._SubParsersAction) -> None:
 
 def _load_config_with(args: argparse.Namespace) -> object:
     """Load the config file and apply the command-line overrides."""
-    from pi_classifier.config import load_config
+    from pi_classifier.config import COMMAND_LINE, load_config, with_changes
 
     config = load_config(args.config)
-    overrides = {
+    changes = {
         key: getattr(args, key)
-        for key in ("model", "labels", "runtime", "threads")
+        for key in ("model", "labels", "runtime", "threads", "top_k", "threshold")
         if getattr(args, key, None) is not None
     }
-    for option, key in (("top_k", "top_k"), ("threshold", "threshold")):
-        if getattr(args, option, None) is not None:
-            overrides[key] = getattr(args, option)
-    return config.replace(**overrides)
+    return with_changes(config, changes, COMMAND_LINE)
 
 
 def _progress(label: str) -> ProgressBar:

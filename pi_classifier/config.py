@@ -20,6 +20,8 @@ DEFAULT_CONFIG_PATH = Path("/etc/pi-classifier/config.yaml")
 CONFIG_ENV = "PI_CLASSIFIER_CONFIG"
 
 RGB = tuple[int, int, int]
+#: How errors name values that came from command-line options.
+COMMAND_LINE = "command-line options"
 
 
 def _option(default: Any, **rules: Any) -> Any:
@@ -346,6 +348,38 @@ def load_config(path: str | os.PathLike[str] | None) -> Config:
         reason = getattr(error, "strerror", None) or str(error)
         raise ConfigError(f"cannot read config file {path}: {reason}") from None
     return parse_config(text, str(path))
+
+
+def with_changes(config: Config, changes: dict[str, Any], source: str) -> Config:
+    """Return ``config`` with some keys changed, checked by the file's rules.
+
+    Command-line options go through here, so they can no more break a range
+    or open the web view without a token than the file can.
+
+    Args:
+        config: A validated configuration.
+        changes: New values by key; a section's changes are a mapping of
+            some of its keys.
+        source: Where the changes come from, for error messages.
+
+    Returns:
+        The changed configuration.
+
+    Raises:
+        ConfigError: A new value, or the changed whole, breaks a rule.
+    """
+    data = config_to_dict(config)
+    for key, value in changes.items():
+        if dataclasses.is_dataclass(getattr(config, key, None)):
+            data[key].update(value)
+        else:
+            data[key] = value
+    try:
+        changed = _build(Config, data, None, "")
+        _check_consistency(changed)
+    except ConfigError as error:
+        raise ConfigError(f"{source}: {error}") from None
+    return changed
 
 
 def config_to_dict(config: Any) -> dict[str, Any]:

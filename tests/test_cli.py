@@ -1,4 +1,5 @@
 import json
+import socket
 import subprocess
 import sys
 
@@ -99,6 +100,53 @@ def test_bad_config_is_one_line(capsys, images, tmp_path):
     assert code == 78
     assert err.strip() == (f"pi-classifier: error: {config}: crop (line 2): must be "
                            "one of center, none, not 'middle'")
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--top-k", "0"], "top_k: must be at least 1, not 0"),
+        (["--threshold", "7"], "threshold: must be at most 1.0, not 7.0"),
+        (["--threads", "-5"], "threads: must be at least 0, not -5"),
+    ],
+)
+def test_options_are_checked_like_the_file(capsys, images, argv, message):
+    code, out, err = classify(capsys, *argv, str(images / "cat.bmp"))
+    assert code == 78
+    assert out == ""
+    assert err == f"pi-classifier: error: command-line options: {message}\n"
+
+
+@pytest.mark.parametrize(
+    ("web", "message"),
+    [
+        ("99999", "web.port: must be at most 65535, not 99999"),
+        ("0.0.0.0:8080", "web.listen is '0.0.0.0', beyond this machine, so "
+                         "web.token must be set"),
+        ("localhost:http", "--web needs [HOST:]PORT, not 'localhost:http'"),
+    ],
+)
+def test_run_refuses_bad_web_options_before_starting(capsys, web, message):
+    code, out, err = run(capsys, "run", "--source", "test-pattern", "--display",
+                         "null", "--web", web, "--duration", "5")
+    assert code == 78
+    assert out == ""
+    assert err.splitlines()[-1].startswith("pi-classifier: error: ")
+    assert message in err.splitlines()[-1]
+    assert "Traceback" not in err
+
+
+def test_web_beyond_loopback_runs_when_the_file_has_a_token(capsys, tmp_path):
+    config = tmp_path / "config.yaml"
+    config.write_text("web:\n  token: a-long-enough-secret\n")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    code, _, err = run(capsys, "run", "--config", str(config), "--source",
+                       "test-pattern", "--display", "null", "--web",
+                       f"0.0.0.0:{port}", "--duration", "0.5")
+    assert code == 0, err
+    assert f"web view on http://0.0.0.0:{port}/" in err
 
 
 def test_bench_reports_figures(capsys):

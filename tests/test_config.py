@@ -2,7 +2,13 @@ from pathlib import Path
 
 import pytest
 
-from pi_classifier.config import Config, dump_config, load_config, parse_config
+from pi_classifier.config import (
+    Config,
+    dump_config,
+    load_config,
+    parse_config,
+    with_changes,
+)
 from pi_classifier.errors import ConfigError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -90,3 +96,31 @@ def test_web_beyond_loopback_with_waiver_is_allowed():
     config = parse_config("web:\n  enabled: true\n  listen: 0.0.0.0\n"
                           "  allow_without_token: true\n")
     assert config.web.listen == "0.0.0.0"
+
+
+def test_changes_keep_the_rest_of_the_config():
+    edited = parse_config("aliases: {banana: Banane}\ndisplay: {output: null}\n"
+                          "web: {max_fps: 4, token: secret}\ncamera: {fps: 15}\n")
+    changed = with_changes(edited, {"web": {"port": 9090}, "top_k": 5}, "flags")
+    assert changed.web.port == 9090
+    assert changed.top_k == 5
+    assert changed.web.max_fps == 4.0
+    assert changed.web.token == "secret"
+    assert changed.replace(top_k=3, web=edited.web) == edited
+    assert with_changes(edited, {}, "flags") == edited
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"camera": {"fps": 500}}, "flags: camera.fps: must be at most 240.0, not 500"),
+        ({"display": {"output": "hdmi"}}, "flags: display.output: must be one of"),
+        ({"smoothing": {"threshold_low": 0.9}}, "flags: smoothing.threshold_low "
+                                                "must not be above"),
+    ],
+)
+def test_changes_follow_the_file_rules(changes, message):
+    with pytest.raises(ConfigError) as error:
+        with_changes(Config(), changes, "flags")
+    assert str(error.value).startswith(message)
+
