@@ -5,13 +5,14 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pi_classifier import __version__
-from pi_classifier.errors import ImageError, PiClassifierError
+from pi_classifier.errors import ImageError, PiClassifierError, UsageError
 from pi_classifier.logs import debug_enabled, setup_logging
 
 if TYPE_CHECKING:
@@ -22,6 +23,25 @@ log = logging.getLogger(__name__)
 PROGRAM = "pi-classifier"
 EXIT_INTERRUPTED = 130
 EXIT_SOFTWARE = 70
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose mistakes are one line and exit code 64."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        """Raise instead of printing the usage and exiting with 2."""
+        raise UsageError(f"{message} (see '{self.prog} --help')")
+
+
+def _seconds(text: str) -> float:
+    """An argument that is a number of seconds above zero."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be seconds above 0, not {text!r}")
+    return value
 
 
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
@@ -39,7 +59,7 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
 
 def _build_parser() -> argparse.ArgumentParser:
     """Describe every command and option."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog=PROGRAM, description="Live camera image classifier for the Raspberry Pi."
     )
     parser.add_argument("--version", action="version", version=__version__)
@@ -59,7 +79,8 @@ def _build_parser() -> argparse.ArgumentParser:
                        "(default: the model folder)")
     fetch.set_defaults(handler=_cmd_fetch_model)
     config = commands.add_parser("config", help="check the configuration")
-    config_commands = config.add_subparsers(dest="config_command", required=True)
+    config_commands = config.add_subparsers(dest="config_command", metavar="COMMAND",
+                                            required=True)
     check = config_commands.add_parser("check", help="validate a config file and "
                                        "print the effective configuration")
     check.add_argument("file", help="the YAML file")
@@ -82,7 +103,7 @@ def _add_bench(commands: argparse._SubParsersAction) -> None:
     """The ``bench`` command."""
     parser = commands.add_parser("bench", help="measure inference speed")
     _add_model_options(parser)
-    parser.add_argument("--seconds", type=float, default=5.0,
+    parser.add_argument("--seconds", type=_seconds, default=5.0,
                         help="how long to measure (default 5)")
     parser.add_argument("--image", help="picture to use (default: a 640x480 frame)")
     parser.add_argument("--json", action="store_true", help="JSON output")
@@ -101,7 +122,7 @@ def _add_run(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--labels", help="label file")
     parser.add_argument("--web", metavar="[HOST:]PORT",
                         help="turn the web view on at this address")
-    parser.add_argument("--duration", type=float, metavar="SECONDS",
+    parser.add_argument("--duration", type=_seconds, metavar="SECONDS",
                         help="stop after this long (for rehearsals and tests)")
     parser.set_defaults(handler=_cmd_run)
 
@@ -175,7 +196,7 @@ def _cmd_classify(args: argparse.Namespace) -> int:
             continue
         results = classifier.classify(image, config.top_k, config.threshold)
         _print_classification(path, results, classifier.timing.invoke_ms, args.json)
-    return 1 if failures else 0
+    return ImageError.exit_code if failures else 0
 
 
 def _print_classification(path: str, results: list, invoke_ms: float,
@@ -261,7 +282,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     Returns:
         The exit code: 0 on success, the error's code otherwise.
     """
-    args = _build_parser().parse_args(argv)
+    if not debug_enabled():
+        # OpenCV's own warnings repeat, less clearly, the errors said here.
+        os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
+    try:
+        args = _build_parser().parse_args(argv)
+    except UsageError as error:
+        _error(str(error))
+        return error.exit_code
     quiet_by_default = args.command != "run"
     setup_logging(-1 if args.quiet or (quiet_by_default and not args.verbose)
                   else max(0, args.verbose - quiet_by_default))

@@ -272,6 +272,7 @@ def test_undecodable_video_is_a_clear_error(models, tmp_path):
     ("source", "expected"),
     [
         ("v4l2:/dev/video97", "/dev/video97"),
+        ("v4l2:/dev/null", "/dev/null"),
         ("images:{empty}", "empty"),
     ],
 )
@@ -286,3 +287,5 @@ def test_sources_that_cannot_open_are_clear_errors(models, tmp_path, source, exp
     assert done.returncode == 74
     assert last.startswith("pi-classifier: error: ") and expected in last
     assert "Traceback" not in done.stderr
+    # OpenCV's own warnings would only repeat the error less clearly.
+    assert "WARN" not in done.stderr

@@ -57,7 +57,7 @@ def test_bad_images_do_not_stop_the_others(capsys, images, tmp_path):
     text.write_text("hello")
     code, out, err = classify(capsys, str(corrupt), str(images / "banana_0.jpg"),
                               str(text), str(tmp_path / "missing.png"), str(tmp_path))
-    assert code != 0
+    assert code == 65
     assert "banana" in out
     errors = err.splitlines()
     assert len(errors) == 4
@@ -149,6 +149,27 @@ def test_web_beyond_loopback_runs_when_the_file_has_a_token(capsys, tmp_path):
     assert f"web view on http://0.0.0.0:{port}/" in err
 
 
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        ([], "the following arguments are required: COMMAND (see 'pi-classifier "
+             "--help')"),
+        (["classify"], "required: IMAGE (see 'pi-classifier classify --help')"),
+        (["run", "--duration", "-1"], "argument --duration: must be seconds above 0, "
+                                      "not '-1'"),
+        (["bench", "--seconds", "nan"], "argument --seconds: must be seconds above 0"),
+        (["run", "--display", "hdmi"], "argument --display: invalid choice: 'hdmi'"),
+        (["classify", "x.jpg", "--frobnicate"], "unrecognized arguments: --frobnicate"),
+    ],
+)
+def test_usage_mistakes_are_one_line_and_exit_64(capsys, argv, message):
+    code, out, err = run(capsys, *argv)
+    assert code == 64
+    assert out == ""
+    assert err.startswith("pi-classifier: error: ")
+    assert err.count("\n") == 1 and message in err
+
+
 def test_bench_reports_figures(capsys):
     code, out, _ = run(capsys, "bench", "--runtime", RUNTIME, "--seconds", "0.3",
                        "--json", "--threads", "1")
@@ -189,7 +210,7 @@ def test_module_entry_point_and_no_traceback(images, models, tmp_path):
         [sys.executable, "-m", "pi_classifier", "classify", "--runtime", RUNTIME,
          str(images / "bird.bmp"), str(tmp_path / "none.jpg")],
         capture_output=True, text=True, env=env, timeout=120, check=False)
-    assert done.returncode == 1
+    assert done.returncode == 65
     assert "chickadee" in done.stdout
     assert "Traceback" not in done.stderr
     assert "none.jpg" in done.stderr
