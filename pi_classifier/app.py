@@ -43,6 +43,9 @@ STATUS_INTERVAL = 2.0
 READ_SLICE = 0.5
 
 MODEL_KEYS = ("model", "labels", "runtime", "threads", "delegate", "crop")
+#: Config sections whose part is closed and opened again when they change, in
+#: this order: the display is made for the source.
+RESTARTED_PARTS = ("camera", "display", "web")
 
 Overrides = Callable[[Config], Config]
 
@@ -411,15 +414,24 @@ class LiveClassifier:
         try:
             new = self.overrides(load_config(self.config_path))
         except ConfigError as error:
-            log.error("new configuration rejected, keeping the old one: %s", error)
-            self.notifier.ready()
-            return False
+            return self._reject(error)
         old, self.config = self.config, new
+        try:
+            self._switch_parts(old, new)
+        except PiClassifierError as error:
+            return self._reject(error)
         self._apply_live_settings(new)
-        self._restart_changed_parts(old, new)
+        if any(getattr(old, key) != getattr(new, key) for key in MODEL_KEYS):
+            self._load_model_beside(new)
         self.notifier.ready()
         log.info("configuration reloaded from %s", self.config_path)
         return True
+
+    def _reject(self, error: PiClassifierError) -> bool:
+        """Log why a reload was refused and carry on with the old settings."""
+        log.error("new configuration rejected, keeping the old one: %s", error)
+        self.notifier.ready()
+        return False
 
     def _apply_live_settings(self, config: Config) -> None:
         """Settings that take effect on the next frame."""
@@ -430,22 +442,42 @@ class LiveClassifier:
         self._worker.configure_smoothing(smoothing.alpha, smoothing.threshold_high,
                                          smoothing.threshold_low, config.top_k)
 
-    def _restart_changed_parts(self, old: Config, new: Config) -> None:
-        """Reload the model, camera, display or web view when they changed."""
-        if any(getattr(old, key) != getattr(new, key) for key in MODEL_KEYS):
-            self._load_model_beside(new)
-        if old.camera != new.camera:
-            log.info("camera settings changed: restarting the source")
-            self._restart(self._open_source, self._source)
-        if old.display != new.display:
-            log.info("display settings changed: restarting the display")
-            self._restart(self._open_display, self._display)
-        if old.web != new.web:
+    def _switch_parts(self, old: Config, new: Config) -> None:
+        """Reopen the camera, display and web view whose settings changed.
+
+        When one cannot open with its new settings (a camera that is not
+        there, a port in use), every part switched so far and the failed one
+        are reopened with the old settings, and the error is raised.
+
+        Raises:
+            PiClassifierError: A part failed with the new settings.
+        """
+        changed = [part for part in RESTARTED_PARTS
+                   if getattr(old, part) != getattr(new, part)]
+        tried: list[str] = []
+        try:
+            for part in changed:
+                tried.append(part)
+                self._reopen(part)
+        except PiClassifierError:
+            self.config = old
+            for part in tried:
+                self._reopen(part)
+            raise
+
+    def _reopen(self, part: str) -> None:
+        """Close the camera, display or web view and open it as configured."""
+        log.info("restarting the %s", part)
+        if part == "web":
             self._stop_web()
             self._start_web()
+        elif part == "camera":
+            self._restart(self._open_source, self._source)
+        else:
+            self._restart(self._open_display, self._display)
 
     def _restart(self, opener: Callable[[], None], part: Any) -> None:
-        """Close one part and open it anew with the new settings."""
+        """Close one part and open it anew with the current settings."""
         part.close()
         opener()
 

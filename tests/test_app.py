@@ -124,6 +124,54 @@ def test_reload_applies_aliases_and_rejects_bad_files(model_dir, fake_fb, images
     assert not errors
 
 
+def wait_for_log(caplog, text, count=1, timeout=15.0):
+    deadline = time.monotonic() + timeout
+    while caplog.text.count(text) < count:
+        assert time.monotonic() < deadline, f"{text!r} not logged {count} times"
+        time.sleep(0.05)
+
+
+def test_reload_whose_parts_cannot_open_keeps_the_old_ones(
+        model_dir, fake_fb, images, tmp_path, caplog):
+    path = tmp_path / "config.yaml"
+    banana, apple = images / "banana_0.jpg", images / "granny_smith_0.jpg"
+    base = (f"runtime: {RUNTIME}\nthreads: 1\ncamera:\n  source: images\n"
+            f"  device: {banana}\n  fps: 20\ndisplay:\n"
+            f"  output: framebuffer\n  device: {fake_fb}\n  hide_cursor: false\n")
+    alias = "aliases:\n  banana: PLATANO\n"
+    rejected = "new configuration rejected, keeping the old one"
+    path.write_text(base)
+    app = LiveClassifier(parse_config(base), str(path))
+    thread, errors = start(app)
+    try:
+        with socket.create_server(("127.0.0.1", 0)) as taken:
+            wait_for_text(fake_fb, "banana")
+            # A camera that is not there, with an alias: none of it applies.
+            path.write_text(base.replace(str(banana), str(tmp_path / "gone.jpg"))
+                            + alias)
+            app.request_reload()
+            wait_for_log(caplog, rejected)
+            # A camera that works, then a web port in use: the camera goes back.
+            busy = f"web:\n  enabled: true\n  port: {taken.getsockname()[1]}\n"
+            path.write_text(base.replace(str(banana), str(apple)) + alias + busy)
+            app.request_reload()
+            wait_for_log(caplog, rejected, count=2)
+        assert app.config.camera.device == str(banana)
+        assert app.config.aliases == {}
+        assert app.state.snapshot().healthy()
+        # Still reloadable, and the banana camera is the one open again: its
+        # frames get the new alias.
+        path.write_text(base + alias)
+        app.request_reload()
+        wait_for_text(fake_fb, "PLATANO")
+    finally:
+        app.request_stop()
+        thread.join(5)
+    assert "gone.jpg" in caplog.text
+    assert "another program uses that port" in caplog.text
+    assert not errors
+
+
 def test_reload_swaps_the_model_without_stopping(model_dir, fake_fb, images, tmp_path):
     path = tmp_path / "config.yaml"
     base = (f"runtime: {RUNTIME}\nthreads: 1\ncamera:\n  source: images\n"
