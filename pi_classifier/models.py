@@ -488,6 +488,8 @@ def _prepare_directory(directory: Path, target: Path, model: KnownModel) -> None
         if target.exists() or target.is_symlink():
             log.warning("removing %s: it does not match its pinned SHA-256", target)
             target.unlink()
+    except FileExistsError:
+        raise FetchError(f"{directory} is a file, not a folder") from None
     except OSError as error:
         reason = error.strerror or str(error)
         raise FetchError(f"cannot write to {directory}: {reason}") from None

@@ -481,6 +481,17 @@ def test_bar_drives_a_real_download(server, tmp_path, small_bytes):
     assert stream.getvalue().splitlines()[-1] == "m: 100% (526 kB of 526 kB)"
 
 
+def test_model_folder_that_is_a_file(server, tmp_path):
+    blocker = tmp_path / "models"
+    blocker.write_text("in the way")
+
+    with pytest.raises(FetchError, match=f"^{blocker} is a file, not a folder$"):
+        fetch_into(SMALL, blocker, server.url)
+
+    assert server.requests == []
+    assert blocker.read_text() == "in the way"
+
+
 def test_folder_in_the_way_of_the_file(server, tmp_path, small_bytes):
     (tmp_path / SMALL.filename).mkdir()
     server.routes[SMALL.filename] = serve(small_bytes)
