@@ -26,7 +26,7 @@ from pi_classifier.labels import Namer
 from pi_classifier.logs import under_journal
 from pi_classifier.meters import RateMeter, TemperatureReader
 from pi_classifier.notify import Notifier
-from pi_classifier.overlay import Overlay, OverlayContent
+from pi_classifier.overlay import Overlay, OverlayContent, shown_rate
 from pi_classifier.smoothing import LabelSmoother
 from pi_classifier.sources.base import FrameSource
 from pi_classifier.state import LiveState, ShownLabel
@@ -399,7 +399,7 @@ class LiveClassifier:
         """One line for systemctl status."""
         top = (f"{content.labels[0][0]} {content.labels[0][1] * 100:.0f}%"
                if content.labels else "nothing recognised")
-        return f"{content.display_fps:.0f} fps, {top}"
+        return f"{shown_rate(content.display_fps):g} fps, {top}"
 
     # -- reload ----------------------------------------------------------
 

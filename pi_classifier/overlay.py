@@ -18,6 +18,16 @@ NOTHING = "Nothing recognised"
 TEXT_SHARE = 1 / 16
 
 
+def shown_rate(per_second: float) -> float:
+    """A rate as the overlay shows it: tenths below 10 a second, else whole.
+
+    A Pi Zero classifying every two seconds shows "0.5/s", not "0/s".
+    """
+    if per_second < 10:
+        return round(per_second, 1)
+    return float(round(per_second))
+
+
 @dataclass(frozen=True)
 class OverlayContent:
     """What the overlay shows.
@@ -39,10 +49,10 @@ class OverlayContent:
     temperature_c: float | None = None
 
     def rounded(self) -> OverlayContent:
-        """The content as shown (whole figures), for change detection."""
+        """The content as shown (rounded figures), for change detection."""
         return OverlayContent(
             tuple((name, round(score, 2)) for name, score in self.labels),
-            round(self.display_fps), round(self.inference_fps),
+            shown_rate(self.display_fps), shown_rate(self.inference_fps),
             round(self.inference_ms), round(self.latency_ms),
             None if self.temperature_c is None else round(self.temperature_c),
         )
@@ -106,14 +116,21 @@ class Overlay:
         layout = self._layout(height)
         return layout.scale, layout.thickness
 
-    def _figures(self, content: OverlayContent) -> str:
-        """The line of live figures the config asks for."""
+    def figures(self, content: OverlayContent) -> str:
+        """The line of live figures the config asks for, as drawn.
+
+        Args:
+            content: What the overlay shows.
+
+        Returns:
+            For example "30 fps  infer 0.5/s 1970 ms  lag 45 ms  48 C".
+        """
         show = self.config.show
         parts = []
         if "fps" in show:
-            parts.append(f"{content.display_fps:.0f} fps")
+            parts.append(f"{shown_rate(content.display_fps):g} fps")
         if "inference" in show:
-            parts.append(f"infer {content.inference_fps:.0f}/s "
+            parts.append(f"infer {shown_rate(content.inference_fps):g}/s "
                          f"{content.inference_ms:.0f} ms")
         if "latency" in show:
             parts.append(f"lag {content.latency_ms:.0f} ms")
@@ -155,7 +172,7 @@ class Overlay:
         """Draw the panel onto a BGR picture, in place."""
         height, width = image.shape[:2]
         layout = self._layout(height)
-        figures = self._figures(content)
+        figures = self.figures(content)
         box = self._panel_box(width, height, layout, content, figures)
         x0, y0, x1, y1 = box
         region = image[y0:y1, x0:x1]
@@ -170,7 +187,7 @@ class Overlay:
         """Draw the panel onto a transparent RGBA layer of the given size."""
         layer = np.zeros((height, width, 4), np.uint8)
         layout = self._layout(height)
-        figures = self._figures(content)
+        figures = self.figures(content)
         box = self._panel_box(width, height, layout, content, figures)
         x0, y0, x1, y1 = box
         alpha = round(255 * self.config.panel_opacity)

@@ -84,3 +84,25 @@ def test_rounded_content_ignores_tiny_changes():
     a = OverlayContent((("banana", 0.971),), 29.6, 20.2, 4.2, 35.1, 48.4)
     b = OverlayContent((("banana", 0.968),), 30.4, 19.8, 4.4, 34.9, 48.1)
     assert a.rounded() == b.rounded()
+
+
+@pytest.mark.parametrize(
+    ("display_fps", "inference_fps", "expected"),
+    [
+        (29.6, 20.2, "30 fps  infer 20/s 4 ms"),
+        (18.2, 0.51, "18 fps  infer 0.5/s 4 ms"),
+        (7.46, 2.04, "7.5 fps  infer 2/s 4 ms"),
+        (9.96, 0.0, "10 fps  infer 0/s 4 ms"),
+    ],
+)
+def test_slow_rates_keep_their_tenths(display_fps, inference_fps, expected):
+    content = dataclasses.replace(CONTENT, display_fps=display_fps,
+                                  inference_fps=inference_fps)
+    overlay = Overlay(OverlayConfig(show=["labels", "fps", "inference"]))
+    assert overlay.figures(content) == expected
+
+
+def test_a_slow_inference_rate_change_is_redrawn():
+    half = OverlayContent((("banana", 0.97),), 18.0, 0.5, 1970.0, 35.0)
+    third = dataclasses.replace(half, inference_fps=0.33)
+    assert half.rounded() != third.rounded()
