@@ -103,7 +103,7 @@ class Feeder:
 @pytest.fixture
 def live():
     state = LiveState(
-        model="mobilenet_v1_0.25_128_quant", worker_alive=True, display_fps=24.5,
+        model="mobilenet_v1_0.25_128_quant.tflite", worker_alive=True, display_fps=24.5,
         inference_fps=9.5, inference_ms=42.0, temperature_c=48.4,
         labels=(ShownLabel(954, "banana", 0.91), ShownLabel(951, "lemon", 0.04)),
     )
