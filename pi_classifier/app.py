@@ -171,8 +171,9 @@ class LiveClassifier:
             return
         from pi_classifier.web import WebServer
 
-        self._web = WebServer(self.config.web, self.state)
-        self._web.start()
+        web = WebServer(self.config.web, self.state)
+        web.start()
+        self._web = web
 
     def _stop_web(self) -> None:
         """Stop the web view if it runs."""
