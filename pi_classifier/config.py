@@ -295,6 +295,16 @@ def _check_consistency(config: Config) -> None:
         )
 
 
+def _checked_config(data: Any, node: yaml.Node | None, source: str) -> Config:
+    """Build a Config from plain data by every rule, naming ``source`` on error."""
+    try:
+        config = _build(Config, data, node, "")
+        _check_consistency(config)
+    except ConfigError as error:
+        raise ConfigError(f"{source}: {error}") from None
+    return config
+
+
 def parse_config(text: str, source: str = "<config>") -> Config:
     """Parse and validate YAML text into a Config.
 
@@ -316,12 +326,7 @@ def parse_config(text: str, source: str = "<config>") -> Config:
         where = f" line {mark.line + 1}" if mark is not None else ""
         problem = getattr(error, "problem", None) or "not valid YAML"
         raise ConfigError(f"{source}:{where} {problem}") from error
-    try:
-        config = _build(Config, data, node, "")
-        _check_consistency(config)
-    except ConfigError as error:
-        raise ConfigError(f"{source}: {error}") from None
-    return config
+    return _checked_config(data, node, source)
 
 
 def load_config(path: str | os.PathLike[str] | None) -> Config:
@@ -374,12 +379,7 @@ def with_changes(config: Config, changes: dict[str, Any], source: str) -> Config
             data[key].update(value)
         else:
             data[key] = value
-    try:
-        changed = _build(Config, data, None, "")
-        _check_consistency(changed)
-    except ConfigError as error:
-        raise ConfigError(f"{source}: {error}") from None
-    return changed
+    return _checked_config(data, None, source)
 
 
 def config_to_dict(config: Any) -> dict[str, Any]:
