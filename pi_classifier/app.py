@@ -473,14 +473,11 @@ class LiveClassifier:
             self._stop_web()
             self._start_web()
         elif part == "camera":
-            self._restart(self._open_source, self._source)
+            self._source.close()
+            self._open_source()
         else:
-            self._restart(self._open_display, self._display)
-
-    def _restart(self, opener: Callable[[], None], part: Any) -> None:
-        """Close one part and open it anew with the current settings."""
-        part.close()
-        opener()
+            self._display.close()
+            self._open_display()
 
     def _load_model_beside(self, config: Config) -> None:
         """Load the new model on a thread while the old one keeps working."""

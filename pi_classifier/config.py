@@ -122,10 +122,6 @@ class Config:
     smoothing: SmoothingConfig = field(default_factory=SmoothingConfig)
     web: WebConfig = field(default_factory=WebConfig)
 
-    def replace(self, **changes: Any) -> Config:
-        """Return a copy with top-level fields changed."""
-        return dataclasses.replace(self, **changes)
-
 
 def _fail(path: str, node: yaml.Node | None, message: str) -> ConfigError:
     """Build the error for one bad key, naming its path and line."""

@@ -1,3 +1,4 @@
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -106,7 +107,7 @@ def test_changes_keep_the_rest_of_the_config():
     assert changed.top_k == 5
     assert changed.web.max_fps == 4.0
     assert changed.web.token == "secret"
-    assert changed.replace(top_k=3, web=edited.web) == edited
+    assert dataclasses.replace(changed, top_k=3, web=edited.web) == edited
     assert with_changes(edited, {}, "flags") == edited
 
 
