@@ -1,4 +1,4 @@
-"""Shared fixtures: where the real test data lives."""
+"""Shared fixtures: where the real test data lives, and the fake camera rig."""
 
 from __future__ import annotations
 
@@ -6,6 +6,9 @@ import os
 from pathlib import Path
 
 import pytest
+from fakes.picamera2 import FakeCameraRig, FakePicamera2, Platform
+
+from pi_classifier.sources import picamera2 as picamera2_source
 
 REPO = Path(__file__).resolve().parent.parent
 TESTDATA = Path(
@@ -36,3 +39,13 @@ def models(testdata: Path) -> Path:
 def images(testdata: Path) -> Path:
     """The test-data images folder."""
     return testdata / "images"
+
+
+@pytest.fixture
+def rig(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> FakeCameraRig:
+    """A fresh fake camera rig behind Picamera2, on a Pi 4 (VC4)."""
+    rig = FakeCameraRig()
+    monkeypatch.setattr(FakePicamera2, "_rig", rig)
+    monkeypatch.setattr(FakePicamera2, "platform", Platform.VC4)
+    monkeypatch.setattr(picamera2_source, "DEVICE_TREE_MODEL", tmp_path / "model")
+    return rig

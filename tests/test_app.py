@@ -40,13 +40,17 @@ def screen(device):
     return np.ascontiguousarray(pixels[..., :3])
 
 
-def config_for(device, images, extra=""):
-    return parse_config(
+def config_text(device, images, extra=""):
+    return (
         f"runtime: {RUNTIME}\nthreads: 1\n"
         f"camera:\n  source: images\n  device: {images}\n  fps: 20\n"
         f"display:\n  output: framebuffer\n  device: {device}\n  hide_cursor: false\n"
         f"{extra}"
     )
+
+
+def config_for(device, images, extra=""):
+    return parse_config(config_text(device, images, extra))
 
 
 def start(app, duration=30.0):
@@ -102,9 +106,7 @@ def test_banana_on_the_framebuffer(model_dir, fake_fb, images):
 def test_reload_applies_aliases_and_rejects_bad_files(model_dir, fake_fb, images,
                                                       tmp_path):
     path = tmp_path / "config.yaml"
-    base = (f"runtime: {RUNTIME}\nthreads: 1\ncamera:\n  source: images\n"
-            f"  device: {images / 'banana_0.jpg'}\n  fps: 20\ndisplay:\n"
-            f"  output: framebuffer\n  device: {fake_fb}\n  hide_cursor: false\n")
+    base = config_text(fake_fb, images / "banana_0.jpg")
     path.write_text(base)
     app = LiveClassifier(parse_config(base), str(path))
     thread, errors = start(app)
@@ -135,9 +137,7 @@ def test_reload_whose_parts_cannot_open_keeps_the_old_ones(
         model_dir, fake_fb, images, tmp_path, caplog):
     path = tmp_path / "config.yaml"
     banana, apple = images / "banana_0.jpg", images / "granny_smith_0.jpg"
-    base = (f"runtime: {RUNTIME}\nthreads: 1\ncamera:\n  source: images\n"
-            f"  device: {banana}\n  fps: 20\ndisplay:\n"
-            f"  output: framebuffer\n  device: {fake_fb}\n  hide_cursor: false\n")
+    base = config_text(fake_fb, banana)
     alias = "aliases:\n  banana: PLATANO\n"
     rejected = "new configuration rejected, keeping the old one"
     path.write_text(base)
@@ -174,9 +174,7 @@ def test_reload_whose_parts_cannot_open_keeps_the_old_ones(
 
 def test_reload_swaps_the_model_without_stopping(model_dir, fake_fb, images, tmp_path):
     path = tmp_path / "config.yaml"
-    base = (f"runtime: {RUNTIME}\nthreads: 1\ncamera:\n  source: images\n"
-            f"  device: {images / 'granny_smith_0.jpg'}\n  fps: 20\ndisplay:\n"
-            f"  output: framebuffer\n  device: {fake_fb}\n  hide_cursor: false\n")
+    base = config_text(fake_fb, images / "granny_smith_0.jpg")
     path.write_text(base)
     app = LiveClassifier(parse_config(base), str(path))
     thread, errors = start(app)

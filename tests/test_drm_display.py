@@ -4,25 +4,15 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from fakes.picamera2 import FakeCameraRig, FakePicamera2, Platform, Preview
+from fakes.picamera2 import FakePicamera2, Preview
 
 from pi_classifier.config import CameraConfig, DisplayConfig
 from pi_classifier.displays import drm
 from pi_classifier.displays.drm import DrmDisplay, screen_size
 from pi_classifier.errors import DisplayError
 from pi_classifier.frames import Frame
-from pi_classifier.sources import picamera2 as picamera2_source
 from pi_classifier.sources.base import FrameSource
 from pi_classifier.sources.picamera2 import Picamera2Source
-
-
-@pytest.fixture
-def rig(monkeypatch, tmp_path):
-    rig = FakeCameraRig()
-    monkeypatch.setattr(FakePicamera2, "_rig", rig)
-    monkeypatch.setattr(FakePicamera2, "platform", Platform.VC4)
-    monkeypatch.setattr(picamera2_source, "DEVICE_TREE_MODEL", tmp_path / "model")
-    return rig
 
 
 def fake_sysfs(root, connectors):

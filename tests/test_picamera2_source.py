@@ -12,7 +12,6 @@ import types
 import numpy as np
 import pytest
 from fakes.picamera2 import (
-    FakeCameraRig,
     FakePicamera2,
     Platform,
     i420_from_rgb,
@@ -21,7 +20,6 @@ from fakes.picamera2 import (
 
 from pi_classifier.config import CameraConfig
 from pi_classifier.errors import ConfigError, SourceError
-from pi_classifier.sources import picamera2 as picamera2_source
 from pi_classifier.sources.picamera2 import (
     Picamera2Source,
     lores_size,
@@ -30,15 +28,6 @@ from pi_classifier.sources.picamera2 import (
 )
 
 RED, GREEN, BLUE, WHITE = (220, 30, 30), (30, 200, 40), (20, 40, 230), (240, 240, 240)
-
-
-@pytest.fixture
-def rig(monkeypatch, tmp_path):
-    rig = FakeCameraRig()
-    monkeypatch.setattr(FakePicamera2, "_rig", rig)
-    monkeypatch.setattr(FakePicamera2, "platform", Platform.VC4)
-    monkeypatch.setattr(picamera2_source, "DEVICE_TREE_MODEL", tmp_path / "model")
-    return rig
 
 
 def make_source(model_size=(224, 224), tries=4, backoff=(0.001, 0.004), **options):
