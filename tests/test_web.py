@@ -16,6 +16,7 @@ import time
 import cv2
 import numpy as np
 import pytest
+from helpers import Feeder
 
 from pi_classifier.config import WebConfig
 from pi_classifier.errors import ConfigError
@@ -64,36 +65,9 @@ def wait_until(predicate, what, timeout=WAIT):
     pytest.fail(f"gave up waiting: {what}")
 
 
-class Feeder:
-    """Publishes frames of distinct colours and status figures, like the app."""
-
-    def __init__(self, state, period=0.02, make=None):
-        self.state = state
-        self.period = period
-        self.make = make or (lambda i: solid(PALETTE[i % len(PALETTE)]))
-        self.published = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self):
-        while not self._stop.is_set():
-            image = self.make(self.published)
-            self.state.publish_frame(image)
-            self.published += 1
-            self.state.update(
-                last_frame=time.monotonic(), frames_shown=self.published,
-                frames_captured=self.published, worker_alive=True,
-            )
-            self._stop.wait(self.period)
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join(5)
-        assert not self._thread.is_alive()
+def palette_frame(index):
+    """Frame ``index`` of a feed cycling through the palette."""
+    return solid(PALETTE[index % len(PALETTE)])
 
 
 @pytest.fixture
@@ -225,7 +199,7 @@ class MjpegReader:
 def test_each_route_answers_get_and_head_with_its_content_type(
     state, server, path, content_type
 ):
-    with Feeder(state):
+    with Feeder(state, palette_frame):
         wait_until(lambda: state.latest_frame()[1] is not None, "a first frame")
         status, fields, body = fetch(server, path)
         head_status, head_fields, head_body = fetch(server, path, "HEAD")
@@ -261,7 +235,7 @@ def test_snapshot_before_any_frame_is_503(server):
 
 
 def test_stream_delivers_distinct_frames_between_boundaries(state, server):
-    with Feeder(state, period=0.03):
+    with Feeder(state, palette_frame, period=0.03):
         reader = MjpegReader(server.address).read_head()
         try:
             colours = [nearest_colour(decode(reader.next_frame())) for _ in range(8)]
@@ -299,7 +273,7 @@ def test_encodes_stay_below_frames_published_with_five_free_running_viewers(
         finally:
             reader.close()
 
-    with Feeder(state, period=0.01) as feeder:
+    with Feeder(state, palette_frame, period=0.01) as feeder:
         threads = [threading.Thread(target=watch) for _ in range(5)]
         for thread in threads:
             thread.start()
@@ -311,7 +285,7 @@ def test_encodes_stay_below_frames_published_with_five_free_running_viewers(
 
 
 def test_encoder_idles_while_nobody_watches(state, server):
-    with Feeder(state, period=0.01) as feeder:
+    with Feeder(state, palette_frame, period=0.01) as feeder:
         wait_until(lambda: feeder.published >= 30, "thirty frames published")
         status, _, _ = fetch(server, "/status.json")
     assert status == 200
@@ -322,7 +296,7 @@ def test_slow_reader_does_not_hold_back_a_fast_one(state, start_server):
     rng = np.random.default_rng(7)
     noise = [rng.integers(0, 256, (480, 640, 3), np.uint8) for _ in range(4)]
     server = start_server(state, send_timeout=1.0)
-    with Feeder(state, period=0.01, make=lambda i: noise[i % 4]):
+    with Feeder(state, lambda i: noise[i % 4], period=0.01):
         slow = MjpegReader(server.address, receive_buffer=4096)
         fast = MjpegReader(server.address).read_head()
         try:

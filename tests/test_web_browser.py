@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import threading
 import time
 import urllib.request
 
 import cv2
 import numpy as np
 import pytest
+from helpers import Feeder
 
 from pi_classifier.config import WebConfig
 from pi_classifier.state import LiveState, ShownLabel
@@ -74,32 +74,6 @@ def browser(webdriver_module, tmp_path):
     driver.quit()
 
 
-class Feeder:
-    """Publishes a new solid colour every few tenths of a second."""
-
-    def __init__(self, state):
-        self.state = state
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self):
-        index = 0
-        while not self._stop.is_set():
-            colour = PALETTE[index % len(PALETTE)]
-            self.state.publish_frame(np.full((240, 320, 3), colour, np.uint8))
-            self.state.update(last_frame=time.monotonic(), frames_shown=index)
-            index += 1
-            self._stop.wait(0.25)
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join(5)
-
-
 @pytest.fixture
 def live():
     state = LiveState(
@@ -109,7 +83,8 @@ def live():
     )
     server = WebServer(WebConfig(port=0, token=TOKEN, max_fps=20.0), state)
     server.start()
-    with Feeder(state):
+    with Feeder(state, lambda i: np.full((240, 320, 3), PALETTE[i % len(PALETTE)],
+                                         np.uint8), period=0.25):
         yield state, server
     assert server.stop(5.0)
 
