@@ -352,7 +352,7 @@ class LiveClassifier:
         if result is not None and result.sequence != self._shown_sequence:
             self._shown_sequence = result.sequence
             self.latencies.append((now - result.timestamp) * 1000)
-        self._update_state(now, content)
+        self._update_state(now, result, content)
         self._worker.check()
         if not self._ready:
             if result is None:
@@ -367,15 +367,15 @@ class LiveClassifier:
             self._status_at = now
             self.notifier.status(self._status_text(content))
 
-    def _update_state(self, now: float, content: OverlayContent) -> None:
-        """Share the current figures through the state object."""
+    def _update_state(self, now: float, result: Result | None,
+                      content: OverlayContent) -> None:
+        """Share the figures of the frame just shown through the state object."""
         worker = self._worker
+        shown = result.shown if result is not None else ()
         self.state.update(
             labels=tuple(
                 ShownLabel(index, name, round(score, 4))
-                for (name, score), (index, _) in zip(
-                    content.labels, self._shown_pairs(), strict=False
-                )
+                for (name, score), (index, _) in zip(content.labels, shown, strict=True)
             ),
             display_fps=round(content.display_fps, 2),
             inference_fps=round(content.inference_fps, 2),
@@ -389,11 +389,6 @@ class LiveClassifier:
             worker_alive=worker.alive,
             temperature_c=content.temperature_c,
         )
-
-    def _shown_pairs(self) -> tuple[tuple[int, float], ...]:
-        """The (index, score) pairs of the newest result."""
-        result = self._worker.latest()
-        return result.shown if result is not None else ()
 
     @staticmethod
     def _status_text(content: OverlayContent) -> str:
